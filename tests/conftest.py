@@ -6,11 +6,20 @@ with ``CI=true`` a missing program is a failure, so CI can never pass by skippin
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from cryostack.core.registry import protocol_classes
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -32,5 +41,111 @@ def require_program(name: str) -> str:
 
 @pytest.fixture
 def relion() -> str:
-    """Directory-independent check that RELION 3.1 tools are present; returns relion_project's path."""
+    """Check that RELION 3.1 tools are present; returns relion_project's path."""
     return require_program("relion_project")
+
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "data" / "plugin"
+
+
+@pytest.fixture
+def plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Install the test plugin (an entry point on the path) for this process and its children."""
+    monkeypatch.syspath_prepend(str(PLUGIN_DIR))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
+    )
+    protocol_classes.cache_clear()
+    yield PLUGIN_DIR
+    protocol_classes.cache_clear()
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session: $CRYOSTACK_TEST_PG_URL, or one started here."""
+    url = os.environ.get("CRYOSTACK_TEST_PG_URL")
+    if url:
+        yield url
+        return
+    bindir = _pg_bin()
+    if bindir is None:
+        if in_ci():
+            pytest.fail("PostgreSQL is required in CI (Debian package postgresql)")
+        pytest.skip("PostgreSQL server binaries are not installed")
+    # not under pytest's tmp_path: that is private to root, and the server runs as "postgres"
+    base = Path(tempfile.mkdtemp(prefix="cryostack-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root: use the package's system user
+        shutil.chown(base, "postgres")
+        shutil.chown(sock, "postgres")
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = 20000 + os.getpid() % 20000
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "cryostack", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {port} -k {sock} -c listen_addresses=''",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://cryostack@/postgres?host={sock}&port={port}"
+    finally:
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _new_pg_database(server_url: str) -> str:
+    from sqlalchemy import create_engine, text
+
+    name = f"cryostack_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    base, _, query = server_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None (the SQLite default) or the URL of a fresh database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    return _new_pg_database(request.getfixturevalue("postgres_server"))
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(poll_s)
+    raise TimeoutError("condition not met in time")
+
+
+PYTHON = sys.executable

@@ -31,9 +31,7 @@ class OpticsGroup(BaseModel):
     voltage_kV: float = Field(300.0, gt=0, description="acceleration voltage in kV")
     cs_mm: float = Field(2.7, ge=0, description="spherical aberration in mm")
     amplitude_contrast: float = Field(0.1, ge=0, lt=1, description="amplitude contrast Q0")
-    pixel_size_A: float = Field(
-        ..., gt=0, description="pixel size of the items in this set (Å/px)"
-    )
+    pixel_size_A: float = Field(..., gt=0, description="pixel size of the items in this set (Å/px)")
     micrograph_pixel_size_A: float | None = Field(
         None, gt=0, description="pixel size of the micrographs particles came from (Å/px)"
     )

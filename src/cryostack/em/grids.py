@@ -2,7 +2,8 @@
 
 Layout conventions for all of :mod:`cryostack.em`:
 
-- images are ``(..., H, W)`` with H rows (y) and W columns (x); volumes ``(..., D, H, W)`` = (z, y, x);
+- images are ``(..., H, W)`` with H rows (y) and W columns (x);
+- volumes are ``(..., D, H, W)`` = (z, y, x);
 - coordinate vectors are ordered (x, y) or (x, y, z);
 - the real-space origin (rotation centre) is at index ``N // 2`` along each axis, as in RELION;
 - Fourier arrays use torch's unshifted FFT ordering; ``rfft`` grids keep ``W // 2 + 1`` columns.
