@@ -18,7 +18,7 @@ from cryostack.core.registry import UnknownProtocolError
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="project folder")]
 F = TypeVar("F", bound=Callable[..., Any])
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str) -> NoReturn:

@@ -1,0 +1,5 @@
+"""``python -m cryostack`` runs the command line."""
+
+from cryostack.cli.main import main
+
+main()
