@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cryostack.core.registry import protocol_classes
+from cryostack.core.registry import reload_protocols
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TEST_DATA = Path(__file__).resolve().parent / "data"
@@ -55,9 +55,9 @@ def plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
     )
-    protocol_classes.cache_clear()
+    reload_protocols()
     yield PLUGIN_DIR
-    protocol_classes.cache_clear()
+    reload_protocols()
 
 
 def _pg_bin() -> Path | None:

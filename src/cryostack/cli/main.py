@@ -19,7 +19,7 @@ from cryostack.cli.common import (
     parse_sets,
     wait_with_progress,
 )
-from cryostack.core.registry import get_protocol, protocol_classes
+from cryostack.core.registry import broken_plugins, get_protocol, protocol_classes
 
 app = typer.Typer(
     name="cryostack",
@@ -93,6 +93,8 @@ def protocols(
         outs = ", ".join(f"{n}: {s.type}" for n, s in cls.outputs.items())
         table.add_row(cls.category, cls.id, cls.name, ins, outs)
     console.print(table)
+    for name, problem in broken_plugins().items():
+        console.print(f"[yellow]plugin {name} is broken:[/] {problem}")
 
 
 @app.command("run")
