@@ -58,8 +58,14 @@ def test_bad_workflows_are_refused_with_a_reason(tmp_path: Path, plugin: Path) -
     dangling = {
         "format": "cryostack-workflow",
         "version": 1,
-        "runs": [{"key": "r1", "protocol": "test-sum", "params": {},
-                  "inputs": {"table": [{"run": "r0", "output": "table"}]}}],
+        "runs": [
+            {
+                "key": "r1",
+                "protocol": "test-sum",
+                "params": {},
+                "inputs": {"table": [{"run": "r0", "output": "table"}]},
+            }
+        ],
     }
     with pytest.raises(ProjectError, match="links to 'r0'"):
         import_workflow(project, dangling)
