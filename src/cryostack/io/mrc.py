@@ -74,6 +74,9 @@ class MrcInfo:
 # Reading
 
 
+CRYOSTACK_LABEL = b"Created by cryostack".ljust(80)
+
+
 def _warn(path: Path, message: str) -> None:
     warnings.warn(f"{path}: {message}", FormatWarning, stacklevel=4)
 
@@ -428,6 +431,10 @@ def write_mrc(
         if origin_A is not None:
             mrc.header.origin = tuple(float(v) for v in origin_A)
         mrc.update_header_stats()
+        # mrcfile stamps the creation time into label 0: a fixed label keeps equal data
+        # byte-identical, so re-runs reproduce output content hashes.
+        mrc.header.label[0] = CRYOSTACK_LABEL
+        mrc.header.nlabl = 1
 
 
 def _stack_header(
@@ -448,7 +455,7 @@ def _stack_header(
     h.map = b"MAP "
     h.machst = (0x44, 0x44, 0, 0)
     h.nlabl = 1
-    h.label[0] = b"Created by cryostack".ljust(80)
+    h.label[0] = CRYOSTACK_LABEL
     return h.tobytes()
 
 
