@@ -19,6 +19,7 @@ from cryostack.cli.common import (
     parse_sets,
     wait_with_progress,
 )
+from cryostack.cli.serve import admin_app, serve
 from cryostack.core.registry import broken_plugins, get_protocol, protocol_classes
 
 app = typer.Typer(
@@ -31,6 +32,8 @@ project_app = typer.Typer(help="Create and inspect projects.", no_args_is_help=T
 workflow_app = typer.Typer(help="Export and import workflows.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(workflow_app, name="workflow")
+app.command("serve")(serve)
+app.add_typer(admin_app, name="admin")
 console = Console()
 
 
