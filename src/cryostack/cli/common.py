@@ -96,5 +96,6 @@ def wait_with_progress(project: Project, run_id: int, console: Console) -> str:
             time.sleep(0.3)
     run = project.run(run_id)
     last = run.history[-1].message if run.history else ""
-    console.print(f"run {run_id} {status}" + (f": {last}" if last else ""))
+    detail = f": {last}" if last and last != status else ""
+    console.print(f"run {run_id} {status}{detail}")
     return status
