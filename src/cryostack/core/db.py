@@ -142,6 +142,18 @@ class Step(Base):
     run: Mapped[Run] = relationship(back_populates="steps")
 
 
+def upgrade_to_head(engine: Engine, migrations_dir: str) -> None:
+    """Run the Alembic migrations in ``migrations_dir`` up to the newest revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", migrations_dir)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine; for SQLite, enable WAL, a busy timeout and IMMEDIATE write transactions.
 

@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, selectinload
@@ -87,11 +85,7 @@ def upgrade_schema(engine: Engine) -> None:
     """Create or upgrade the project database to the newest schema (Alembic)."""
     from cryostack.core import migrations
 
-    cfg = Config()
-    cfg.set_main_option("script_location", os.path.dirname(migrations.__file__))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    db.upgrade_to_head(engine, os.path.dirname(migrations.__file__))
 
 
 class Project:

@@ -15,8 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -33,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from cryostack.core import db
 from cryostack.core.db import make_engine
 
 ADMIN, USER = "admin", "user"
@@ -124,11 +123,7 @@ def upgrade_schema(engine: Engine) -> None:
     """Create or upgrade the server database to the newest schema (Alembic)."""
     from cryostack.web import migrations
 
-    cfg = Config()
-    cfg.set_main_option("script_location", os.path.dirname(migrations.__file__))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    db.upgrade_to_head(engine, os.path.dirname(migrations.__file__))
 
 
 class ServerStore:

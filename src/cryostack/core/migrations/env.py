@@ -13,7 +13,7 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is None:
-        raise RuntimeError("cryostack migrations run through cryostack.core.store.upgrade_schema")
+        raise RuntimeError("cryostack migrations run through cryostack.core.project.upgrade_schema")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
