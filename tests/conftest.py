@@ -1,4 +1,4 @@
-"""Shared test helpers.
+"""Shared fixtures (helper functions live in tests/helpers.py).
 
 A test that needs an external program (RELION, PostgreSQL, chromium) may skip only outside CI:
 with ``CI=true`` a missing program is a failure, so CI can never pass by skipping.
@@ -12,40 +12,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cryostack.core.registry import reload_protocols
-
-SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-TEST_DATA = Path(__file__).resolve().parent / "data"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require_program(name: str) -> str:
-    """Return the path of an external program, or skip (fail in CI) when it is absent."""
-    path = shutil.which(name)
-    if path is None:
-        if in_ci():
-            pytest.fail(f"{name} is required in CI but is not installed")
-        pytest.skip(f"{name} is not installed")
-    return path
+from helpers import PLUGIN_DIR, in_ci, require_program
 
 
 @pytest.fixture
 def relion() -> str:
     """Check that RELION 3.1 tools are present; returns relion_project's path."""
     return require_program("relion_project")
-
-
-PLUGIN_DIR = Path(__file__).resolve().parent / "data" / "plugin"
 
 
 @pytest.fixture
@@ -137,15 +117,6 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None
     return _new_pg_database(request.getfixturevalue("postgres_server"))
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0, poll_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(poll_s)
-    raise TimeoutError("condition not met in time")
 
 
 PYTHON = sys.executable

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TEST_DATA, require_program
 from cryostack import api
 from cryostack.cli.exporting import ExportError, export_output
 from cryostack.cli.main import app
@@ -21,6 +20,7 @@ from cryostack.io.cryosparc import read_cs
 from cryostack.io.errors import FormatWarning
 from cryostack.io.mrc import read_mrc
 from cryostack.io.star import read_star
+from helpers import TEST_DATA, require_program
 
 RELION31_STAR = TEST_DATA / "cryodrgn" / "relion31.star"
 RELION31_STACK = TEST_DATA / "cryodrgn" / "relion31.mrcs"

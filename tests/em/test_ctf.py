@@ -12,9 +12,9 @@ import pytest
 import starfile
 import torch
 
-from conftest import require_program
 from cryostack.em import ctf as ctfm
 from cryostack.em.grids import fftfreq_grid_2d
+from helpers import require_program
 
 OPTICS = {"voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
 

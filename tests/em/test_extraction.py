@@ -13,7 +13,6 @@ import pyarrow as pa
 import pytest
 import torch
 
-from conftest import require_program
 from cryostack.core.datamodel import ItemSet, OpticsGroup, SetKind
 from cryostack.em.ctf import ctf_2d
 from cryostack.em.extraction import (
@@ -29,6 +28,7 @@ from cryostack.em.simulate import apply_ctf, simulate_micrograph
 from cryostack.io.atomic_model import model_to_map, shipped_model_path
 from cryostack.io.mrc import read_mrc, write_mrc_stack
 from cryostack.io.star import write_star
+from helpers import require_program
 
 PIXEL_A = 6.0
 BOX = 32

@@ -18,13 +18,13 @@ import pytest
 import starfile
 import torch
 
-from conftest import require_program
 from cryostack.em.ctf import ctf_2d
 from cryostack.em.fourier import irfft2_centred, phase_shift_2d, rfft2_centred
 from cryostack.em.fsc import fsc
 from cryostack.em.projection import project_volume
 from cryostack.em.reconstruction import Backprojector, relion_origin_to_shift_px
 from cryostack.em.rotations import euler_to_matrix, matrix_to_euler, random_rotations
+from helpers import require_program
 
 pytestmark = pytest.mark.relion
 

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import torch
 
-from conftest import require_program
 from cryostack.em import rotations, symmetry
+from helpers import require_program
 
 GROUPS = {"C1": 1, "C4": 4, "C7": 7, "D2": 4, "D5": 10, "T": 12, "O": 24, "I": 60, "I1": 60}
 

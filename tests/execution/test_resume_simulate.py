@@ -6,9 +6,9 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import wait_until
 from cryostack.core.project import FINISHED, Project
 from cryostack.execution.launch import continue_run, launch, wait_for
+from helpers import wait_until
 
 PARAMS = {
     "kind": "micrographs",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import wait_until
 from cryostack.core.project import ABORTED, FAILED, FINISHED, RUNNING, Project
 from cryostack.execution.launch import (
     continue_run,
@@ -19,6 +18,7 @@ from cryostack.execution.launch import (
     stop,
     wait_for,
 )
+from helpers import wait_until
 
 
 def _output_table(project: Project, run_id: int) -> tuple[np.ndarray, str]:

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import require_program
 from cryostack.core.datamodel import ItemSet, OpticsGroup, SetKind
 from cryostack.io.mrc import MrcStackWriter
 from cryostack.io.star import read_star, write_star
+from helpers import require_program
 
 N, BOX, PIXEL_A = 6, 32, 1.5
 

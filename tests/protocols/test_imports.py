@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TEST_DATA
 from cryostack import api
 from cryostack.cli.exporting import export_output
 from cryostack.cli.main import app
@@ -23,6 +22,7 @@ from cryostack.io.cryosparc import read_cs
 from cryostack.io.mrc import read_mrc, write_mrc
 from cryostack.io.star import read_star, write_star
 from cryostack.io.tiff import write_tiff_movie
+from helpers import TEST_DATA
 
 RELION31_STAR = TEST_DATA / "cryodrgn" / "relion31.star"
 TRPV1_STAR = TEST_DATA / "cryojax" / "trpv1_small_stack.star"

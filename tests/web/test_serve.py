@@ -12,8 +12,8 @@ import httpx
 import typer
 from typer.testing import CliRunner
 
-from conftest import require_program
 from cryostack.cli.serve import admin_app
+from helpers import require_program
 
 
 def test_create_user_command(tmp_path: Path) -> None:
