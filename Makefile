@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev system-deps demo test lint typecheck pytest clean
+.PHONY: install install-dev system-deps demo test lint typecheck pytest web-build web-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,18 @@ install-dev: $(VENV)/.installed-dev system-deps
 system-deps:
 	bash scripts/install-system-deps.sh
 
+FRONTEND := web/frontend
+
+$(FRONTEND)/node_modules/.package-lock.json: $(FRONTEND)/package.json $(FRONTEND)/package-lock.json
+	cd $(FRONTEND) && npm ci --no-audit --no-fund
+
+# The single-page web application, built into the Python package (src/cryostack/web/static).
+web-build: $(FRONTEND)/node_modules/.package-lock.json
+	cd $(FRONTEND) && npm run build
+
+web-check: $(FRONTEND)/node_modules/.package-lock.json
+	cd $(FRONTEND) && npm run typecheck && npm run lint && npm test
+
 demo: install
 	$(BIN)/cryostack demo
 
@@ -40,10 +52,10 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy
 
-pytest: install-dev
+pytest: install-dev web-build
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck web-check pytest
 
 clean:
-	rm -rf $(VENV) demo-project .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-project .pytest_cache .mypy_cache .ruff_cache $(FRONTEND)/node_modules src/cryostack/web/static

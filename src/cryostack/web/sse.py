@@ -106,8 +106,9 @@ def project_events(
         start = last_sent = time.monotonic()
         while True:
             now = await run_in_threadpool(project_snapshot, project)
-            events = snapshot_events(before, now)
-            before = now
+            # The log is read after the snapshot and sent before the status events, so a client
+            # that stops at "finished" has received the log written before it.
+            events = []
             if log_path is not None:
                 text, offset_next, _ = await run_in_threadpool(
                     read_log_chunk, log_path, offset, LOG_EVENT_BYTES
@@ -116,6 +117,8 @@ def project_events(
                     data = {"run": log_run, "offset": offset, "next_offset": offset_next}
                     events.append(format_event("log", {**data, "text": text}))
                     offset = offset_next
+            events += snapshot_events(before, now)
+            before = now
             for event in events:
                 yield event
             if events:
