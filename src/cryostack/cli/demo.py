@@ -29,6 +29,60 @@ class Stage:
     inputs: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
+MICROGRAPH_BRANCH = (
+    Stage(
+        "simulate micrographs",
+        "simulate",
+        {
+            "kind": "micrographs",
+            "n_micrographs": 4,
+            "micrograph_size_px": 1024,
+            "particles_per_micrograph": 40,
+            "pixel_size_A": 3.0,
+            "box_size_px": 64,
+        },
+    ),
+    Stage(
+        "estimate CTF",
+        "ctf-estimation",
+        {"max_resolution_A": 7.0, "threads": 1},
+        {"micrographs": ("simulate micrographs", "micrographs")},
+    ),
+    Stage(
+        "score CTF",
+        "score",
+        {},
+        {
+            "candidate": ("estimate CTF", "micrographs"),
+            "truth": ("simulate micrographs", "truth_micrographs"),
+        },
+    ),
+    Stage(
+        "pick particles",
+        "pick-particles",
+        {"min_diameter_A": 100.0, "max_diameter_A": 160.0},
+        {"micrographs": ("estimate CTF", "micrographs")},
+    ),
+    Stage(
+        "score picks",
+        "score",
+        {},
+        {
+            "candidate": ("pick particles", "coordinates"),
+            "truth": ("simulate micrographs", "truth_coordinates"),
+        },
+    ),
+    Stage(
+        "extract particles",
+        "extract-particles",
+        {"box_size_px": 64},
+        {
+            "micrographs": ("estimate CTF", "micrographs"),
+            "coordinates": ("pick particles", "coordinates"),
+        },
+    ),
+)
+
 PARTICLE_BRANCH = (
     Stage(
         "simulate particles",
@@ -48,6 +102,8 @@ PARTICLE_BRANCH = (
         {"chunk_size": 1000},
         {"particles": ("simulate particles", "particles")},
     ),
+    Stage("post-process", "postprocess", {}, {"volume": ("reconstruct", "volume")}),
+    Stage("local resolution", "local-resolution", {}, {"volume": ("reconstruct", "volume")}),
     Stage(
         "score map vs truth",
         "score",
@@ -56,22 +112,7 @@ PARTICLE_BRANCH = (
     ),
 )
 
-MICROGRAPH_BRANCH = (
-    Stage(
-        "simulate micrographs",
-        "simulate",
-        {
-            "kind": "micrographs",
-            "n_micrographs": 4,
-            "micrograph_size_px": 768,
-            "particles_per_micrograph": 30,
-            "pixel_size_A": 3.0,
-            "box_size_px": 64,
-        },
-    ),
-)
-
-STAGES = PARTICLE_BRANCH + MICROGRAPH_BRANCH
+STAGES = MICROGRAPH_BRANCH + PARTICLE_BRANCH
 
 
 def run_demo(directory: Path, console: Console, workers: int | None = None) -> None:
@@ -120,6 +161,12 @@ def _result_text(run: Any) -> str:
             parts.append(", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
         elif out.name == "volume" and "resolution_A" in out.meta:
             parts.append(f"gold-standard FSC 0.143: {out.meta['resolution_A']:.1f} Å")
+        elif out.name == "local_resolution":
+            meta = out.meta
+            parts.append(
+                f"local resolution median {meta['median_A']:.1f} Å "
+                f"({meta['min_A']:.1f}-{meta['max_A']:.1f})"
+            )
         elif out.n_items is not None and not out.name.startswith("truth"):
             parts.append(f"{out.name}: {out.n_items}")
     return "; ".join(parts)
