@@ -15,16 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cryostack.core.datamodel import ItemSet
+from cryostack.core.files import atomic_path as atomic_path  # re-exported for protocols
 
 
 class Params(BaseModel):
@@ -184,10 +182,6 @@ def step_context(run: RunContext, step: StepSpec, **kwargs: Any) -> StepContext:
     return StepContext(**{**run.__dict__, "step": step, **kwargs})
 
 
-def with_params(ctx: RunContext, params: Params) -> RunContext:
-    return replace(ctx, params=params)
-
-
 class Protocol:
     """Base class of all protocols. Subclasses set the class variables and implement the hooks."""
 
@@ -215,22 +209,6 @@ class Protocol:
 
     def finish(self, ctx: RunContext, results: dict[str, dict[str, Any]]) -> dict[str, OutputValue]:
         raise NotImplementedError
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it replaces ``target`` atomically.
-
-    Keeps the temporary file's extension, so writers that look at it (numpy, mrcfile) behave.
-    """
-    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex[:8]}.tmp{target.suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def safe_name(key: str) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 from mrcfile.utils import dtype_from_mode
 
+from cryostack.core.files import atomic_path
 from cryostack.io.errors import FormatError, FormatWarning
 
 HEADER_BYTES = 1024
@@ -368,26 +369,6 @@ def read_images(path: str | os.PathLike[str], indices: Sequence[int] | np.ndarra
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; move it onto the target on success.
-
-    If the block raises, the temporary file is removed and the target is left as it was. Shared
-    by the writers of :mod:`cryostack.io`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _writable(data: Any) -> np.ndarray:
