@@ -19,6 +19,8 @@ from cryostack.em.motion import (
     dose_weight_factors,
     evaluate_motion_model,
     fit_motion_model,
+    interpolate_weak_frames,
+    noise_peak_z,
     patch_grid,
     replace_pixels,
     spatial_terms_for_grid,
@@ -169,6 +171,8 @@ def test_global_drift_error_is_below_a_fifth_of_a_pixel(
     assert float((true_drift[-1] - true_drift[0]).norm()) > 10  # a real drift was corrected
     assert rmse_without_offset(result.drift_px, true_drift) <= 0.2
     assert float(result.drift_px[0].abs().max()) == 0.0  # relative to the first frame
+    assert result.aligned and result.peak_z is not None  # the signal was found significant
+    assert float(result.peak_z.median()) > 1.5 * result.min_peak_z
     assert result.dose_weighted_sum is not None
     assert result.aligned_sum.shape == result.dose_weighted_sum.shape == (768, 768)
     # the plain sum keeps the counts: 24 frames of 1 count per pixel on average
@@ -204,3 +208,50 @@ def test_local_alignment_reduces_error_where_local_motion_exists() -> None:
     error_local = rmse_without_offset(local.displacement_px(nodes_x, nodes_y), true_field)
     assert error_global > 1.0  # the local motion is real
     assert error_local < 0.5 * error_global
+
+
+# --------------------------------------------------------------------------------------------
+# no signal: no alignment (regression: frames of pure noise used to random-walk by ~50 px per frame)
+
+
+def test_frames_without_signal_are_not_aligned_to_noise() -> None:
+    """Shot noise only (9 counts per pixel and frame, as at 1 e/Å² and 3 Å/px): the peaks are no
+    more significant than noise maxima, so the drift stays zero instead of chasing noise."""
+    g = torch.Generator().manual_seed(31)
+    frames = torch.poisson(torch.full((16, 256, 256), 9.0), generator=g)
+    result = align_movie(frames, 3.0, dose_per_frame_e_A2=1.0, max_shift_px=20.0)
+    assert not result.aligned and result.peak_z is not None
+    n_window = (2 * 20 // 1 + 1) ** 2  # about: the grid spacing is ~1 px at this size
+    assert result.min_peak_z == pytest.approx(noise_peak_z(n_window) + 2.0, abs=0.5)
+    assert float(result.peak_z.median()) < noise_peak_z(n_window)
+    assert torch.equal(result.drift_px, torch.zeros(16, 2, dtype=torch.float64))
+    torch.testing.assert_close(result.aligned_sum, frames.sum(0), atol=1e-2, rtol=0)
+    local = align_movie(frames, 3.0, patches_x=2, patches_y=2, max_shift_px=20.0)
+    assert not local.aligned and local.model is None and local.aligned_sum.shape == (256, 256)
+    # forcing the alignment (threshold 0) follows the noise, but never beyond the search radius
+    forced = align_movie(frames, 3.0, max_shift_px=20.0, min_peak_z=0.0)
+    assert forced.aligned and float(forced.drift_px.abs().max()) <= 40.0
+
+
+def test_weak_frames_get_drift_interpolated_from_their_neighbours() -> None:
+    drift = torch.tensor([[0.0, 0.0], [1.0, 2.0], [40.0, -30.0], [3.0, 6.0], [9.0, 9.0]])
+    weak = torch.tensor([True, False, True, False, True])
+    fixed = interpolate_weak_frames(drift, weak)
+    expected = torch.tensor([[1.0, 2.0], [1.0, 2.0], [2.0, 4.0], [3.0, 6.0], [3.0, 6.0]])
+    torch.testing.assert_close(fixed, expected - expected[0])  # relative to the first frame
+    torch.testing.assert_close(
+        interpolate_weak_frames(drift, torch.zeros(5, dtype=torch.bool)), drift
+    )
+
+
+def test_a_frame_of_pure_noise_in_a_good_movie_follows_its_neighbours(
+    drifting_movie: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    frames, true_drift = drifting_movie
+    g = torch.Generator().manual_seed(32)
+    spoiled = frames.clone()
+    spoiled[10] = torch.poisson(torch.full(frames.shape[1:], 1.0), generator=g).to(frames.dtype)
+    result = align_movie(spoiled, PIXEL_A)
+    assert result.aligned and result.peak_z is not None
+    assert float(result.peak_z[10]) < result.min_peak_z < float(result.peak_z.median())
+    assert rmse_without_offset(result.drift_px, true_drift) <= 0.25

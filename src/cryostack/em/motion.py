@@ -16,7 +16,12 @@ The method:
    against the sum of all *other* aligned frames (leave-one-out, so a frame's own noise never
    correlates with the reference). The cross-correlation peak is found on a grid (inverse FFT of
    the cropped cross-power spectrum) and refined to sub-pixel precision by Newton steps on the
-   band-limited cross-correlation evaluated exactly in Fourier space.
+   band-limited cross-correlation evaluated exactly in Fourier space. Shifts stay within
+   ``max_shift_px``. *Significance*: the z-score of each aligned frame's peak over the search
+   window is compared with the largest of as many noise samples (+2): when the median frame
+   falls below it the movie holds no signal to align on and the drift is set to zero (reported
+   as ``aligned=False``) instead of a random walk on noise; otherwise single frames below it
+   get drift interpolated from their neighbours.
 3. *Local alignment*: patches on a grid follow the global drift (windows moved by the rounded
    drift, the sub-pixel rest applied as a phase ramp) and are aligned the same way, all at once.
    A smooth model is fitted by least squares to the patch trajectories: per axis, spatial terms
@@ -333,7 +338,8 @@ def align_to_sum(
         tolerance_px: stop when no shift changes by more than this.
 
     Returns:
-        ``(..., T, 2)`` displacements (x, y) of each frame relative to the first frame.
+        ``(..., T, 2)`` displacements (x, y) of each frame relative to the first frame; every
+        frame stays within ``max_shift_px`` per axis of the frames' common offset.
     """
     shifts = spectra.new_zeros((*spectra.shape[:-2], 2), dtype=kx.dtype)
     basis = _cached_newton_basis(shape, ky.shape[0], kx.shape[0], str(kx.device), kx.dtype)
@@ -350,12 +356,90 @@ def align_to_sum(
         if iteration < coarse_iterations:
             grid = 128 if iteration == 0 else None  # the first reference is blurred anyway
             shifts = shifts + damping * coarse_peak(cross, shape, max_shift_px, grid)
+            shifts = shifts.clamp(-max_shift_px, max_shift_px)
             continue
         delta = damping * newton_step(cross, basis)
-        shifts = shifts + delta
+        shifts = (shifts + delta).clamp(-max_shift_px, max_shift_px)
         if float(delta.abs().max()) < tolerance_px:
             break
     return shifts - shifts[..., :1, :]
+
+
+def noise_peak_z(n_points: int) -> float:
+    """Expected largest of ``n_points`` independent standard normal values, ``sqrt(2 ln n)``."""
+    return math.sqrt(2.0 * math.log(max(n_points, 2)))
+
+
+def peak_significance(
+    spectra: torch.Tensor,
+    shifts_px: torch.Tensor,
+    shape: tuple[int, int],
+    ky: torch.Tensor,
+    kx: torch.Tensor,
+    max_shift_px: float,
+) -> tuple[torch.Tensor, int]:
+    """How far each aligned frame's correlation peak stands out of the correlation noise.
+
+    Each frame, moved by ``-shifts_px``, is cross-correlated with the sum of the other aligned
+    frames (sampled on the cropped grid). Its z-score is the correlation at zero shift (the
+    aligned position) minus the mean over the search window (``|shift| <= max_shift_px`` per
+    axis), divided by the standard deviation over that window. Frames of pure noise give the
+    largest of ``n`` window samples, about :func:`noise_peak_z` ``(n)`` (less: the samples are
+    correlated), even after the alignment has chased that noise; frames with a real common
+    signal give a peak far above it.
+
+    Args:
+        spectra: ``(..., T, h, w//2+1)`` filtered, cropped spectra (as for :func:`align_to_sum`).
+        shifts_px: ``(..., T, 2)`` displacements (x, y) found for the frames.
+        shape: full frame shape ``(H, W)``.
+        ky, kx: frequency axes of the cropped grid in cycles/px.
+        max_shift_px: search radius per axis, in original pixels.
+
+    Returns:
+        ``(..., T)`` z-scores and the number of grid points in the search window.
+    """
+    aligned = shift_spectra(spectra, -shifts_px, ky, kx)
+    power = spectra.real.square() + spectra.imag.square()
+    cross = sum_frames(aligned).unsqueeze(-3).conj() * aligned - power
+    h, w = cross.shape[-2], 2 * (cross.shape[-1] - 1)
+    ccf = torch.fft.irfft2(cross, s=(h, w))
+    iy = torch.fft.fftfreq(h, device=ccf.device) * h * (shape[0] / h)
+    ix = torch.fft.fftfreq(w, device=ccf.device) * w * (shape[1] / w)
+    inside = (iy.abs()[:, None] <= max_shift_px) & (ix.abs()[None, :] <= max_shift_px)
+    window = ccf[..., inside]
+    z = (ccf[..., 0, 0] - window.mean(dim=-1)) / window.std(dim=-1).clamp(min=1e-30)
+    return z, int(inside.sum())
+
+
+def interpolate_weak_frames(drift_px: torch.Tensor, weak: torch.Tensor) -> torch.Tensor:
+    """Replace the drift of frames without a significant peak by interpolation in time.
+
+    A frame whose correlation peak is no stronger than noise maxima may have been moved to one of
+    them (tens of pixels off); its drift is instead interpolated linearly (in frame number) from
+    the nearest reliable frames before and after it (held constant beyond the first or last).
+
+    Args:
+        drift_px: ``(T, 2)`` displacements (x, y) of the frames.
+        weak: ``(T,)`` boolean, True for the frames to replace.
+
+    Returns:
+        ``(T, 2)`` displacements relative to the first frame (a new tensor).
+    """
+    weak = weak.to(drift_px.device)
+    if not bool(weak.any()) or int((~weak).sum()) == 0:
+        return drift_px.clone()
+    t = torch.arange(drift_px.shape[0], device=drift_px.device, dtype=drift_px.dtype)
+    good_t, good = t[~weak], drift_px[~weak]
+    right = torch.searchsorted(good_t, t).clamp(1, max(len(good_t) - 1, 1))
+    left = right - 1
+    if len(good_t) == 1:
+        filled = good.expand_as(drift_px)
+    else:
+        span = good_t[right] - good_t[left]
+        frac = ((t - good_t[left]) / span).clamp(0.0, 1.0)[:, None]
+        filled = torch.lerp(good[left], good[right], frac)
+    out = torch.where(weak[:, None], filled, drift_px)
+    return out - out[:1]
 
 
 def edge_taper(
@@ -769,6 +853,14 @@ class MovieAlignment:
         aligned_sum: ``(H', W')`` sum of the aligned frames (binned).
         dose_weighted_sum: ``(H', W')`` dose-weighted sum, or None.
         pixel_size_A: pixel size of the sums.
+        peak_z: ``(T,)`` z-scores of the frames' correlation peaks after the global alignment
+            (see :func:`peak_significance`), or None.
+        min_peak_z: the median z-score the global alignment needed to be accepted.
+        aligned: False when the frames showed no significant correlation peak (median z-score
+            below ``min_peak_z``: the data hold no signal to align on); the drift is then zero,
+            no local alignment is done and the sums are of the unaligned frames. When True, the
+            frames whose own z-score is below ``min_peak_z`` have interpolated drift
+            (:func:`interpolate_weak_frames`).
     """
 
     drift_px: torch.Tensor
@@ -779,6 +871,9 @@ class MovieAlignment:
     aligned_sum: torch.Tensor
     dose_weighted_sum: torch.Tensor | None
     pixel_size_A: float
+    peak_z: torch.Tensor | None = None
+    min_peak_z: float = 0.0
+    aligned: bool = True
 
     def displacement_px(self, x_px: torch.Tensor, y_px: torch.Tensor) -> torch.Tensor:
         """Total displacement (global + local) of every frame at positions: ``(T, ..., 2)``."""
@@ -808,6 +903,7 @@ def align_movie(
     voltage_kV: float = 300.0,
     first_frame: int = 0,
     binning: float = 1.0,
+    min_peak_z: float | None = None,
 ) -> MovieAlignment:
     """Align a movie (global, then optionally local) and return its sums.
 
@@ -827,6 +923,11 @@ def align_movie(
         pre_exposure_e_A2, voltage_kV: for the exposure filter.
         first_frame: index in the original movie of ``frames[0]`` (for the accumulated dose).
         binning: Fourier-crop factor of the sums (>= 1).
+        min_peak_z: median z-score of the frames' correlation peaks (:func:`peak_significance`)
+            below which the movie is deemed to hold no signal to align on: the drift is set to
+            zero (``aligned`` False) instead of following noise; otherwise single frames below it
+            get drift interpolated from their neighbours. None: ``noise_peak_z(n) + 2``
+            for the ``n`` grid points of the search window (about 6 for a 1024 px movie).
     """
     if frames.dim() != 3 or frames.shape[0] < 2:
         raise ValueError(f"frames must be (T >= 2, H, W), got shape {tuple(frames.shape)}")
@@ -865,6 +966,15 @@ def align_movie(
         max_shift_px=max_shift_px / scale,
         max_iterations=max_iterations,
     )
+    peak_z, n_window = peak_significance(
+        spectra, drift / scale, source_shape, ky, kx, max_shift_px / scale
+    )
+    threshold = noise_peak_z(n_window) + 2.0 if min_peak_z is None else min_peak_z
+    significant = bool(peak_z.median() >= threshold)
+    if not significant:
+        drift = torch.zeros_like(drift)
+    else:
+        drift = interpolate_weak_frames(drift, peak_z < threshold)
     del spectra, source
     weights = None
     if dose_per_frame_e_A2 is not None:
@@ -874,7 +984,7 @@ def align_movie(
         )
 
     model = centres = patch_shifts = None
-    if local:
+    if local and significant:
         del full_ft
         size, _, centres = patch_grid(shape, patches_x, patches_y)
         patches, residual = shifted_patches(stack, (patches_y, patches_x), size, drift)
@@ -891,6 +1001,8 @@ def align_movie(
         del stack
         plain_ft, weighted_ft = weighted_sums_ft(torch.fft.rfft2(aligned), None, weights)
     else:
+        if binned:  # the spectra were of the binned frames: the sums need the full ones
+            full_ft = torch.fft.rfft2(stack)
         del stack
         plain_ft, weighted_ft = weighted_sums_ft(full_ft, -drift, weights, in_place=True)
     dw_sum = None
@@ -905,6 +1017,9 @@ def align_movie(
         aligned_sum=bin_image(torch.fft.irfft2(plain_ft, s=shape), binning),
         dose_weighted_sum=dw_sum,
         pixel_size_A=binned_pixel_size(pixel_size_A, shape, binning),
+        peak_z=peak_z.cpu().double(),
+        min_peak_z=threshold,
+        aligned=significant,
     )
 
 

@@ -16,7 +16,9 @@ The output MicrographSet carries ``micrograph_path`` (the first file), ``microgr
 ``shifts_path``, ``drift_plot_path``, ``total_drift_px``, ``hot_pixels``, the movie path, and
 the input's optics groups with the pixel size of the sums (times the binning). A movie that
 cannot be read (truncated, wrong frame size, gain reference of another shape) fails alone with
-a message naming the file; the others finish.
+a message naming the file; the others finish. A movie whose frames show no significant
+cross-correlation peak (:attr:`cryostack.em.motion.MovieAlignment.aligned` False: too little
+signal per frame) is summed unaligned, with zero drift, and a warning in the log.
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ class MotionCorrection(Protocol):
             f"{movie.name}: frames {first + 1}-{last}, drift {steps.sum():.1f} px, "
             f"{result.hot_pixels} hot pixels"
         )
+        if not result.aligned:
+            ctx.log(_not_aligned_message(movie, result))
         return {
             "name": name,
             "movie_path": job["movie_path"],
@@ -239,6 +243,16 @@ class MotionCorrection(Protocol):
         target = ctx.output_path(SET_FILE)
         write_set(ItemSet(SetKind.MICROGRAPHS, table, optics, meta), target)
         return {"micrographs": OutputValue(SetKind.MICROGRAPHS, ctx.relative(target), len(rows))}
+
+
+def _not_aligned_message(movie: Path, result: MovieAlignment) -> str:
+    """The warning logged when a movie's frames show no significant correlation peak."""
+    median_z = float(result.peak_z.median()) if result.peak_z is not None else float("nan")
+    return (
+        f"WARNING {movie.name}: no significant cross-correlation peak between the frames "
+        f"(median z-score {median_z:.1f} < {result.min_peak_z:.1f}): too little signal per "
+        "frame to align on, so the frames were summed without alignment (drift set to 0)"
+    )
 
 
 def _params(ctx: RunContext) -> MotionCorrectionParams:

@@ -28,7 +28,8 @@ coefficients of :func:`cryostack.em.simulate.random_local_motion` are stored per
 in the Parquet schema metadata under ``cryostack.local_motion``. True coordinates are those of
 frame 0; the truth micrograph of a movie is its noise-free, undamaged image (frame 0 geometry)
 and its truth particle images are cut from it. Movie frames are Poisson counts whose per-box SNR
-of the frame sum is about ``snr`` (the contrast is scaled accordingly): integer counts (uint8 or
+of the (perfectly aligned) frame sum is ``snr``, radiation damage included, as for a micrograph
+(:func:`cryostack.em.simulate.movie_contrast_for_snr` sets the contrast): integer counts (uint8 or
 uint16) without a gain, else ``counts / gain`` as float32 with the gain reference (multiply the
 frames by it) in the optics group.
 
@@ -70,6 +71,7 @@ from cryostack.core.sets import column_type, write_set
 from cryostack.em.rotations import matrix_to_euler, random_rotations
 from cryostack.em.simulate import (
     extract_boxes,
+    movie_contrast_for_snr,
     simulate_micrograph,
     simulate_movie,
     simulate_particle_images,
@@ -408,8 +410,17 @@ def _movie_step(ctx: StepContext, p: SimulateParams) -> dict[str, Any]:
     clean, truth, ctf, pixel_size_A, g = _micrograph_truth(ctx, p, math.inf)
     name = ctx.step.payload["name"]
     signal = clean / max(truth.signal_std, 1e-12)
-    counts_per_pixel = p.dose_per_frame_e_A2 * pixel_size_A**2
-    contrast = math.sqrt(p.snr / (counts_per_pixel * p.n_frames))
+    box = int(_load_volume(ctx)[0].shape[-1])
+    contrast = movie_contrast_for_snr(
+        signal,
+        p.snr,
+        p.n_frames,
+        dose_per_frame_e_A2=p.dose_per_frame_e_A2,
+        pixel_size_A=pixel_size_A,
+        voltage_kV=p.voltage_kV,
+        positions_px=truth.positions_px,
+        box_px=box,
+    )
     frames, motion = simulate_movie(
         signal,
         p.n_frames,
@@ -434,7 +445,6 @@ def _movie_step(ctx: StepContext, p: SimulateParams) -> dict[str, Any]:
         data = movie if p.gain else movie.astype(np.uint16)
         write_mrc(ctx.work_dir / movie_file, data, pixel_size_A, stack=True)
     write_mrc(ctx.work_dir / f"{name}_truth.mrc", clean.numpy(), pixel_size_A)
-    box = int(_load_volume(ctx)[0].shape[-1])
     _write_truth_particles(ctx, clean, truth.positions_px, box, pixel_size_A)
     _save_particle_truth(ctx, truth, ctf)
     np.savez(
