@@ -38,6 +38,10 @@ Speed (CPU): frames are Fourier transformed once; alignment works on spectra cro
 ``alignment_resolution_A`` (10 Å by default), which holds nearly all the signal of a 1 e/Å² frame;
 sums over frames are matrix products (much faster than strided reductions); quantities shared by
 movies of one size (dose-weight factors, Newton weights) are cached.
+
+Layout: this module holds the global alignment and :func:`align_movie`; the local motion model
+and patch handling are in :mod:`cryostack.em.motion_model`, hot pixels, spectra and sums in
+:mod:`cryostack.em.motion_sums`. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -49,148 +53,69 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cryostack.em.dose import dose_weights
-from cryostack.em.fourier import fourier_crop
+from cryostack.em.motion_model import (
+    MotionModel,
+    alignment_spectra,
+    edge_taper,
+    evaluate_motion_model,
+    fit_motion_model,
+    patch_grid,
+    shifted_patches,
+    spatial_terms_for_grid,
+    warp_frames,
+)
+from cryostack.em.motion_sums import (
+    _cached_dose_weight_factors,
+    alignment_cutoff_px,
+    bfactor_cutoff_px,
+    bfactor_filter,
+    bin_image,
+    binned_pixel_size,
+    crop_rfft,
+    crop_size,
+    detect_hot_pixels,
+    dose_weight_factors,
+    frequency_axes,
+    replace_pixels,
+    shift_spectra,
+    sum_frames,
+    weighted_sums_ft,
+)
 
-
-def sum_frames(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``(..., T, H, W)`` over T: ``(..., H, W)``.
-
-    Done as a matrix product with a vector of ones, which is many times faster on the CPU than
-    ``x.sum(dim=-3)`` (a strided reduction).
-    """
-    t, h, w = x.shape[-3:]
-    ones = torch.ones(1, t, dtype=x.dtype, device=x.device)
-    return (ones @ x.reshape(*x.shape[:-3], t, h * w)).reshape(*x.shape[:-3], h, w)
-
-
-# --------------------------------------------------------------------------------------------
-# defects
-
-
-def detect_hot_pixels(frame_sum: torch.Tensor, threshold_sigma: float = 6.0) -> torch.Tensor:
-    """Pixels of a frame sum that are ``threshold_sigma`` standard deviations above its mean.
-
-    Args:
-        frame_sum: ``(H, W)`` sum over frames (gain-corrected counts).
-        threshold_sigma: outlier threshold in standard deviations of the sum.
-
-    Returns:
-        ``(H, W)`` boolean mask, True at hot pixels.
-    """
-    values = frame_sum.double()
-    mean = values.mean()
-    std = values.std()
-    hot = values > mean + threshold_sigma * std
-    if int(hot.sum()) > 0:  # the outliers inflate the std: estimate it again without them
-        good = values[~hot]
-        hot = values > good.mean() + threshold_sigma * good.std()
-    return hot
-
-
-def replace_pixels(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Replace masked pixels of every frame with that frame's mean over the unmasked pixels.
-
-    Args:
-        frames: ``(..., H, W)`` real.
-        mask: ``(H, W)`` boolean, True where a pixel is to be replaced.
-
-    Returns:
-        ``(..., H, W)`` frames (a new tensor).
-    """
-    good = (~mask).to(frames.dtype)
-    n_good = good.sum().clamp(min=1.0)
-    means = (frames * good).sum(dim=(-2, -1), keepdim=True) / n_good
-    return torch.where(mask, means, frames)
-
-
-# --------------------------------------------------------------------------------------------
-# spectra
-
-
-def bfactor_cutoff_px(bfactor_A2: float, pixel_size_A: float, floor: float = 0.02) -> float:
-    """Frequency (cycles/px, at most 0.5) beyond which ``exp(-B k^2 / 4) < floor``."""
-    if bfactor_A2 <= 0:
-        return 0.5
-    k_invA = math.sqrt(-4.0 * math.log(floor) / bfactor_A2)
-    return min(0.5, k_invA * pixel_size_A)
-
-
-def alignment_cutoff_px(
-    pixel_size_A: float, bfactor_A2: float, alignment_resolution_A: float
-) -> float:
-    """Highest frequency (cycles/px) used for alignment: the resolution limit or B-factor cutoff."""
-    return min(bfactor_cutoff_px(bfactor_A2, pixel_size_A), pixel_size_A / alignment_resolution_A)
-
-
-def crop_size(size: int, cutoff_px: float) -> int:
-    """Even size of a cropped spectrum keeping frequencies up to ``cutoff_px`` (cycles/px)."""
-    if cutoff_px >= 0.5:
-        return size - size % 2
-    n = 2 * math.ceil(cutoff_px * size) + 4
-    return min(n, size - size % 2)
-
-
-def crop_rfft(
-    spectra: torch.Tensor, shape: tuple[int, int], out_shape: tuple[int, int]
-) -> torch.Tensor:
-    """Low-frequency part of rfft spectra: ``(..., H, W//2+1)`` to ``(..., h, w//2+1)``.
-
-    Frequencies keep their values in cycles per *original* pixel (index / H, index / W); the
-    highest row and column of the cropped grid, which have no Hermitian partner, are zeroed.
-    """
-    h, w = out_shape
-    top = spectra[..., : h // 2, : w // 2 + 1]
-    bottom = spectra[..., shape[0] - h // 2 :, : w // 2 + 1]
-    out = torch.cat([top, bottom], dim=-2)
-    if h < shape[0]:
-        out[..., h // 2, :] = 0
-    if w < shape[1]:
-        out[..., w // 2] = 0
-    return out
-
-
-def frequency_axes(
-    shape: tuple[int, int], out_shape: tuple[int, int], device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frequencies (cycles per original pixel) of a cropped rfft grid.
-
-    Returns:
-        ``ky (h,)`` and ``kx (w//2+1,)``.
-    """
-    h, w = out_shape
-    ky = torch.fft.fftfreq(h, device=device, dtype=dtype) * (h / shape[0])
-    kx = torch.fft.rfftfreq(w, device=device, dtype=dtype) * (w / shape[1])
-    return ky, kx
-
-
-def bfactor_filter(
-    ky: torch.Tensor, kx: torch.Tensor, pixel_size_A: float, bfactor_A2: float
-) -> torch.Tensor:
-    """``exp(-B |k|^2 / 4)`` on a grid of frequencies in cycles/px: ``(len(ky), len(kx))``."""
-    k2 = (ky[:, None] ** 2 + kx[None, :] ** 2) / pixel_size_A**2
-    return torch.exp(-bfactor_A2 * k2 / 4.0)
-
-
-def shift_spectra(
-    spectra: torch.Tensor, shifts_px: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor
-) -> torch.Tensor:
-    """Move the content of spectra by ``+shifts`` with separable phase ramps.
-
-    ``exp(-2 pi i k . s)`` is applied as two broadcast products (no full ramp is built).
-
-    Args:
-        spectra: ``(..., h, w')`` complex.
-        shifts_px: ``(..., 2)`` shifts (x, y) in pixels.
-        ky, kx: frequency axes in cycles/px (see :func:`frequency_axes`).
-
-    Returns:
-        ``(..., h, w')`` shifted spectra (a new tensor).
-    """
-    s = shifts_px.to(kx.dtype)
-    ex = torch.polar(torch.ones_like(kx), -2 * math.pi * s[..., :1] * kx)  # (..., w')
-    ey = torch.polar(torch.ones_like(ky), -2 * math.pi * s[..., 1:] * ky)  # (..., h)
-    return (spectra * ey[..., :, None]).mul_(ex[..., None, :])
+__all__ = [
+    "MotionModel",
+    "MovieAlignment",
+    "align_movie",
+    "align_to_sum",
+    "alignment_cutoff_px",
+    "alignment_spectra",
+    "bfactor_cutoff_px",
+    "bfactor_filter",
+    "bin_image",
+    "binned_pixel_size",
+    "coarse_peak",
+    "crop_rfft",
+    "crop_size",
+    "detect_hot_pixels",
+    "dose_weight_factors",
+    "edge_taper",
+    "evaluate_motion_model",
+    "fit_motion_model",
+    "frequency_axes",
+    "interpolate_weak_frames",
+    "newton_basis",
+    "newton_step",
+    "noise_peak_z",
+    "patch_grid",
+    "peak_significance",
+    "replace_pixels",
+    "shift_spectra",
+    "shifted_patches",
+    "spatial_terms_for_grid",
+    "sum_frames",
+    "warp_frames",
+    "weighted_sums_ft",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,400 +367,6 @@ def interpolate_weak_frames(drift_px: torch.Tensor, weak: torch.Tensor) -> torch
     return out - out[:1]
 
 
-def edge_taper(
-    shape: tuple[int, int],
-    fraction: float = 0.1,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """``(H, W)`` window: 1 inside, raised-cosine fall to 0 over ``fraction`` of each edge."""
-
-    def profile(n: int) -> torch.Tensor:
-        width = max(1, round(fraction * n))
-        x = torch.arange(n, device=device, dtype=torch.float64)
-        distance = torch.minimum(x + 0.5, n - 0.5 - x)
-        ramp = 0.5 - 0.5 * torch.cos(math.pi * (distance / width).clamp(max=1.0))
-        return ramp.to(dtype)
-
-    return profile(shape[0])[:, None] * profile(shape[1])[None, :]
-
-
-def alignment_spectra(
-    frames: torch.Tensor,
-    pixel_size_A: float,
-    bfactor_A2: float,
-    cutoff_px: float = 0.5,
-    taper: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """B-factor-filtered, cropped spectra of frames ready for :func:`align_to_sum`.
-
-    Args:
-        frames: ``(..., T, H, W)`` real (e.g. patches).
-        pixel_size_A, bfactor_A2: for the filter ``exp(-B k^2 / 4)``.
-        cutoff_px: highest frequency kept (cycles/px).
-        taper: soften the edges (:func:`edge_taper`) so that the fixed patch border does not
-            pull the correlation peak towards zero shift.
-
-    Returns:
-        spectra ``(..., T, h, w//2+1)`` complex and their frequency axes ``ky``, ``kx`` (cycles/px).
-    """
-    shape = (frames.shape[-2], frames.shape[-1])
-    cutoff = min(cutoff_px, bfactor_cutoff_px(bfactor_A2, pixel_size_A))
-    out_shape = (crop_size(shape[0], cutoff), crop_size(shape[1], cutoff))
-    frames = frames - frames.mean(dim=(-2, -1), keepdim=True)
-    if taper:
-        frames = frames * edge_taper(shape, device=frames.device, dtype=frames.dtype)
-    spectra = crop_rfft(torch.fft.rfft2(frames), shape, out_shape)
-    ky, kx = frequency_axes(shape, out_shape, frames.device, frames.dtype)
-    return spectra * bfactor_filter(ky, kx, pixel_size_A, bfactor_A2), ky, kx
-
-
-# --------------------------------------------------------------------------------------------
-# local motion model
-
-
-def patch_grid(
-    shape: tuple[int, int], patches_x: int, patches_y: int
-) -> tuple[tuple[int, int], torch.Tensor, torch.Tensor]:
-    """Non-overlapping tiles covering the frame centre.
-
-    Returns:
-        ``(ph, pw)`` tile size, ``starts (P, 2)`` top-left (y, x) pixel of each tile (row-major
-        over the grid) and ``centres_px (P, 2)`` tile centres (x, y) in pixels.
-    """
-    h, w = shape
-    ph, pw = h // patches_y, w // patches_x
-    oy, ox = (h - ph * patches_y) // 2, (w - pw * patches_x) // 2
-    iy, ix = torch.meshgrid(torch.arange(patches_y), torch.arange(patches_x), indexing="ij")
-    starts = torch.stack([oy + iy.flatten() * ph, ox + ix.flatten() * pw], dim=-1)
-    centres = torch.stack(
-        [starts[:, 1] + (pw - 1) / 2, starts[:, 0] + (ph - 1) / 2], dim=-1
-    ).double()
-    return (ph, pw), starts, centres
-
-
-@dataclass
-class MotionModel:
-    """Smooth local motion: ``d(x, y, t) = sum_jm c[:, j, m] phi_j(x, y) tau^(m + 1)``.
-
-    Attributes:
-        coefficients: ``(2, J, M)`` (x and y displacement in pixels).
-        spatial_terms: names of the J spatial terms (of "1", "x", "y", "xx", "xy", "yy"), in
-            normalised coordinates (-1 at pixel 0, +1 at the last pixel).
-        shape: frame shape ``(H, W)``.
-        n_frames: number of frames T (``tau = t / (T - 1)``).
-    """
-
-    coefficients: torch.Tensor
-    spatial_terms: tuple[str, ...]
-    shape: tuple[int, int]
-    n_frames: int
-
-
-def _spatial_basis(
-    terms: tuple[str, ...], x_norm: torch.Tensor, y_norm: torch.Tensor
-) -> torch.Tensor:
-    values = {
-        "1": torch.ones_like(x_norm),
-        "x": x_norm,
-        "y": y_norm,
-        "xx": x_norm * x_norm,
-        "xy": x_norm * y_norm,
-        "yy": y_norm * y_norm,
-    }
-    return torch.stack([values[t] for t in terms], dim=-1)
-
-
-def _time_basis(n_frames: int, order: int, dtype: torch.dtype) -> torch.Tensor:
-    tau = torch.arange(n_frames, dtype=dtype) / max(n_frames - 1, 1)
-    return torch.stack([tau ** (m + 1) for m in range(order)], dim=-1)  # (T, M)
-
-
-def _normalised(
-    x_px: torch.Tensor, y_px: torch.Tensor, shape: tuple[int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    h, w = shape
-    return 2 * x_px / max(w - 1, 1) - 1, 2 * y_px / max(h - 1, 1) - 1
-
-
-def spatial_terms_for_grid(patches_x: int, patches_y: int) -> tuple[str, ...]:
-    """Spatial terms a patch grid can determine (quadratic where there are >= 3 patches)."""
-    terms = ["1"]
-    if patches_x >= 2:
-        terms.append("x")
-    if patches_y >= 2:
-        terms.append("y")
-    if patches_x >= 3:
-        terms.append("xx")
-    if patches_x >= 2 and patches_y >= 2:
-        terms.append("xy")
-    if patches_y >= 3:
-        terms.append("yy")
-    return tuple(terms)
-
-
-def fit_motion_model(
-    centres_px: torch.Tensor,
-    shifts_px: torch.Tensor,
-    shape: tuple[int, int],
-    spatial_terms: tuple[str, ...],
-    time_order: int = 3,
-) -> MotionModel:
-    """Least-squares fit of a smooth motion model to patch trajectories.
-
-    Args:
-        centres_px: ``(P, 2)`` patch centres (x, y) in pixels.
-        shifts_px: ``(P, T, 2)`` measured displacements of each patch (each known up to a
-            constant: one free offset per patch and axis is fitted and discarded).
-        shape: frame shape ``(H, W)``.
-        spatial_terms: see :class:`MotionModel`.
-        time_order: number of time terms (tau, tau^2, ...).
-
-    Returns:
-        The fitted :class:`MotionModel` (zero at frame 0).
-    """
-    n_patches, n_frames, _ = shifts_px.shape
-    x_norm, y_norm = _normalised(centres_px[:, 0].double(), centres_px[:, 1].double(), shape)
-    phi = _spatial_basis(spatial_terms, x_norm, y_norm)  # (P, J)
-    order = min(time_order, max(n_frames - 1, 1))
-    psi = _time_basis(n_frames, order, torch.float64)  # (T, M)
-    design_model = (phi[:, None, :, None] * psi[None, :, None, :]).reshape(n_patches * n_frames, -1)
-    offsets = torch.eye(n_patches, dtype=torch.float64).repeat_interleave(n_frames, dim=0)
-    design = torch.cat([design_model, offsets], dim=1)
-    target = shifts_px.double().reshape(n_patches * n_frames, 2)
-    solution = torch.linalg.lstsq(design, target).solution  # (J*M + P, 2)
-    n_model = design_model.shape[1]
-    coefficients = solution[:n_model].T.reshape(2, len(spatial_terms), order)
-    return MotionModel(coefficients, tuple(spatial_terms), shape, n_frames)
-
-
-def evaluate_motion_model(
-    model: MotionModel, x_px: torch.Tensor, y_px: torch.Tensor
-) -> torch.Tensor:
-    """Local displacement of every frame at pixel positions: ``(T, ..., 2)`` (x, y) pixels."""
-    x_norm, y_norm = _normalised(x_px.double(), y_px.double(), model.shape)
-    phi = _spatial_basis(model.spatial_terms, x_norm, y_norm)  # (..., J)
-    psi = _time_basis(model.n_frames, model.coefficients.shape[-1], torch.float64)  # (T, M)
-    return torch.einsum("cjm,...j,tm->t...c", model.coefficients.double(), phi, psi)
-
-
-# --------------------------------------------------------------------------------------------
-# sums
-
-
-def warp_frames(
-    frames: torch.Tensor, drift_px: torch.Tensor, model: MotionModel, chunk: int = 8
-) -> torch.Tensor:
-    """Undo global and local motion: ``out_t(r) = frames_t(r + drift_t + d(r, t))`` (bicubic).
-
-    The sampling grid of every frame is one matrix product: the model's spatial terms at every
-    pixel times its per-frame coefficients (global drift and the identity grid folded into the
-    constant and linear terms).
-
-    Args:
-        frames: ``(T, H, W)`` frames as recorded.
-        drift_px: ``(T, 2)`` global displacement (x, y) of each frame.
-        model: the local motion model.
-        chunk: frames warped at a time (bounds memory).
-
-    Returns:
-        ``(T, H, W)`` aligned frames (values beyond the border repeat the edge).
-    """
-    n_frames, h, w = frames.shape
-    dtype, device = frames.dtype, frames.device
-    terms = ("1", "x", "y", "xx", "xy", "yy")
-    coefficients = torch.zeros(n_frames, len(terms), 2, dtype=torch.float64)
-    psi = _time_basis(model.n_frames, model.coefficients.shape[-1], torch.float64)  # (T, M)
-    for j, term in enumerate(model.spatial_terms):
-        coefficients[:, terms.index(term), :] = psi @ model.coefficients[:, j, :].double().T
-    coefficients[:, 0, :] += drift_px.double().cpu()
-    # grid_sample units (align_corners=True): -1 and +1 at the end pixels
-    coefficients *= torch.tensor([2.0 / (w - 1), 2.0 / (h - 1)], dtype=torch.float64)
-    coefficients[:, 1, 0] += 1.0  # identity: normalised x is the "x" term, y the "y" term
-    coefficients[:, 2, 1] += 1.0
-    yy, xx = torch.meshgrid(
-        torch.linspace(-1, 1, h, device=device, dtype=dtype),
-        torch.linspace(-1, 1, w, device=device, dtype=dtype),
-        indexing="ij",
-    )
-    phi = _spatial_basis(terms, xx.reshape(-1), yy.reshape(-1))  # (H * W, 6)
-    coefficients = coefficients.to(device=device, dtype=dtype)
-    out = torch.empty_like(frames)
-    for t0 in range(0, n_frames, chunk):
-        block = coefficients[t0 : t0 + chunk]  # (c, 6, 2)
-        grid = (phi @ block.permute(1, 0, 2).reshape(len(terms), -1)).view(h, w, -1, 2)
-        grid = grid.permute(2, 0, 1, 3)  # (c, H, W, 2)
-        warped = F.grid_sample(
-            frames[t0 : t0 + chunk, None],
-            grid,
-            mode="bicubic",
-            padding_mode="border",
-            align_corners=True,
-        )
-        out[t0 : t0 + chunk] = warped[:, 0]
-    return out
-
-
-def shifted_patches(
-    frames: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], drift_px: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Patches that follow the global drift to the nearest pixel.
-
-    In frame ``t`` the whole patch grid (see :func:`patch_grid`) is moved by ``round(drift_t)``,
-    periodically (as a Fourier shift of the whole frame would move it: content leaving one edge
-    comes back at the other, identically in every frame). The content of the patches is still
-    displaced by the returned residual (at most half a pixel).
-
-    Args:
-        frames: ``(T, H, W)``.
-        grid: ``(patches_y, patches_x)``.
-        size: ``(ph, pw)`` patch size.
-        drift_px: ``(T, 2)`` global displacement (x, y) of each frame.
-
-    Returns:
-        ``(P, T, ph, pw)`` patches (row-major over the grid) and ``(T, 2)`` residual
-        displacements (x, y) in pixels.
-    """
-    n_frames, h, w = frames.shape
-    (gy, gx), (ph, pw) = grid, size
-    oy, ox = (h - ph * gy) // 2, (w - pw * gx) // 2
-    drift = drift_px.double().cpu()
-    offsets = torch.round(drift).long()
-    patches = frames.new_empty((gy, gx, n_frames, ph, pw))
-    for t in range(n_frames):
-        rows = (oy + int(offsets[t, 1]) + torch.arange(gy * ph, device=frames.device)) % h
-        cols = (ox + int(offsets[t, 0]) + torch.arange(gx * pw, device=frames.device)) % w
-        region = frames[t].index_select(0, rows).index_select(1, cols)
-        patches[:, :, t] = region.reshape(gy, ph, gx, pw).permute(0, 2, 1, 3)
-    return patches.reshape(gy * gx, n_frames, ph, pw), drift - offsets.double()
-
-
-def dose_weight_factors(
-    shape: tuple[int, int],
-    pixel_size_A: float,
-    n_frames: int,
-    dose_per_frame_e_A2: float,
-    pre_exposure_e_A2: float = 0.0,
-    voltage_kV: float = 300.0,
-    device: torch.device | str | None = None,
-    tolerance: float = 1e-4,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exposure-filter weights of all frames as a short sum of separable terms.
-
-    The weights ``w_t(k)`` of :func:`cryostack.em.dose.dose_weights` (sum-of-squares
-    normalisation) depend on |k| only and vary smoothly with t and k, so
-    ``w_t(k) = sum_r frame[r, t] * frequency[r, k]`` holds with a few terms (5-7 for 1 e/Å²
-    per frame) to within ``tolerance`` times the largest weight. The weights are computed by
-    ``dose_weights`` on a fine frequency line (spacing ``1 / (8 max(H, W))`` cycles/px, up to
-    0.75 cycles/px), factorised by SVD, and the frequency factors interpolated linearly onto the
-    grid. A weighted sum over frames then needs one matrix product instead of ``T`` weight grids.
-
-    Args:
-        shape: frame shape ``(H, W)``.
-        pixel_size_A, n_frames, dose_per_frame_e_A2, pre_exposure_e_A2, voltage_kV: as for
-            ``dose_weights``.
-        tolerance: largest error of the factorised weights, relative to the largest weight.
-
-    Returns:
-        ``frame (R, T)`` and ``frequency (R, H, W//2+1)`` float32 factors.
-    """
-    h, w = shape
-    n_line = 8 * max(h, w)
-    line_pixel_A = pixel_size_A * 2.0 / 3.0  # the line reaches 0.75 cycles/px > sqrt(0.5)
-    line = dose_weights(
-        (1, n_line),
-        line_pixel_A,
-        n_frames,
-        dose_per_frame_e_A2,
-        pre_exposure_e_A2,
-        voltage_kV,
-        device=device,
-        dtype=torch.float64,
-    )[:, 0, :]  # (T, L) at |k| = j / (n_line * line_pixel_A) 1/Å
-    # principal frame patterns: eigenvectors of the small (T, T) Gram matrix, largest first
-    _, vectors = torch.linalg.eigh(line @ line.T)
-    vectors = vectors.flip(-1)
-    rank = 1
-    while rank < n_frames:
-        basis = vectors[:, :rank]
-        if float((basis @ (basis.T @ line) - line).abs().max()) <= tolerance * float(line.max()):
-            break
-        rank += 1
-    frame = vectors[:, :rank].T  # (R, T) orthonormal rows
-    line_factors = (frame @ line).float()  # (R, L)
-    frame = frame.float()
-    ky = torch.fft.fftfreq(h, device=device)
-    kx = torch.fft.rfftfreq(w, device=device)
-    pos = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) * (n_line * 2.0 / 3.0)
-    index = pos.long().clamp(max=line.shape[-1] - 2)
-    frac = pos - index
-    lo, hi = line_factors[:, index], line_factors[:, index + 1]
-    return frame, torch.lerp(lo, hi, frac)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_dose_weight_factors(
-    shape: tuple[int, int],
-    pixel_size_A: float,
-    n_frames: int,
-    dose_per_frame_e_A2: float,
-    pre_exposure_e_A2: float,
-    voltage_kV: float,
-    device: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`dose_weight_factors`, computed once for the many movies that share them."""
-    return dose_weight_factors(
-        shape, pixel_size_A, n_frames, dose_per_frame_e_A2, pre_exposure_e_A2, voltage_kV, device
-    )
-
-
-def weighted_sums_ft(
-    spectra: torch.Tensor,
-    shifts_px: torch.Tensor | None,
-    dose_factors: tuple[torch.Tensor, torch.Tensor] | None,
-    in_place: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Plain and dose-weighted sums of frame spectra, optionally shifting them first.
-
-    Args:
-        spectra: ``(T, H, W//2+1)`` full-size frame spectra.
-        shifts_px: ``(T, 2)`` shifts (x, y) to apply (content moves by ``+shifts``), or None.
-        dose_factors: ``(frame, frequency)`` from :func:`dose_weight_factors`, or None for no
-            dose-weighted sum.
-        in_place: shift ``spectra`` in place (saves memory and time; they are changed).
-
-    Returns:
-        ``(H, W//2+1)`` plain sum and dose-weighted sum (None without ``dose_factors``).
-    """
-    n_frames, h, wh = spectra.shape
-    rows = [torch.ones(1, n_frames, device=spectra.device)]
-    if dose_factors is not None:
-        rows.append(dose_factors[0].to(spectra.device))
-    weights = torch.cat(rows).to(spectra.dtype)  # (1 + R, T)
-    if shifts_px is not None:  # separable phase ramps, applied as two broadcast products
-        ky = torch.fft.fftfreq(h, device=spectra.device)
-        kx = torch.fft.rfftfreq(2 * (wh - 1), device=spectra.device)
-        s = shifts_px.to(device=spectra.device, dtype=kx.dtype)
-        ey = torch.polar(torch.ones_like(ky), -2 * math.pi * s[:, 1:] * ky)  # (T, H)
-        ex = torch.polar(torch.ones_like(kx), -2 * math.pi * s[:, :1] * kx)  # (T, W')
-        spectra = spectra.mul_(ey[:, :, None]) if in_place else spectra * ey[:, :, None]
-        spectra.mul_(ex[:, None, :])
-    sums = (weights @ spectra.reshape(n_frames, -1)).reshape(-1, h, wh)
-    if dose_factors is None:
-        return sums[0], None
-    weighted = sum_frames((sums[1:] * dose_factors[1].to(spectra.device)).unsqueeze(0))[0]
-    return sums[0], weighted
-
-
-def bin_image(image: torch.Tensor, factor: float) -> torch.Tensor:
-    """Fourier-crop an ``(H, W)`` image by ``factor`` (>= 1) to even sizes ``round(N / factor)``."""
-    if factor <= 1.0:
-        return image
-    h, w = image.shape[-2:]
-    new = (2 * round(h / factor / 2), 2 * round(w / factor / 2))
-    return fourier_crop(image, new)
-
-
 # --------------------------------------------------------------------------------------------
 # whole movie
 
@@ -1021,14 +552,6 @@ def align_movie(
         min_peak_z=threshold,
         aligned=significant,
     )
-
-
-def binned_pixel_size(pixel_size_A: float, shape: tuple[int, int], binning: float) -> float:
-    """Pixel size after :func:`bin_image` of an ``(H, W)`` image (exact for the cropped width)."""
-    if binning <= 1.0:
-        return pixel_size_A
-    w = shape[1]
-    return pixel_size_A * w / (2 * round(w / binning / 2))
 
 
 def _filtered_crop(
