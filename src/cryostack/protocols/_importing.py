@@ -27,8 +27,8 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import AfterValidator
 
-from cryostack.core.datamodel import ItemSet
-from cryostack.core.protocol import Params, RunContext, atomic_path, param
+from cryostack.core.datamodel import ItemSet, OpticsGroup, SetKind
+from cryostack.core.protocol import OutputValue, Params, RunContext, atomic_path, param
 from cryostack.io.errors import FormatError
 from cryostack.io.mrc import open_mrc_stack
 from cryostack.io.tiff import open_tiff_movie
@@ -76,6 +76,18 @@ class AcquisitionParams(Params):
     optics_group_name: str = param(
         "opticsGroup1", help="name of the optics group", min_length=1, group="Advanced"
     )
+
+    def optics_group(self, pixel_size_A: float, **extra: Any) -> OpticsGroup:
+        """The one optics group of an import, with the pixel size in effect."""
+        return OpticsGroup(
+            optics_group=1,
+            name=self.optics_group_name,
+            voltage_kV=self.voltage_kV,
+            cs_mm=self.cs_mm,
+            amplitude_contrast=self.amplitude_contrast,
+            pixel_size_A=pixel_size_A,
+            **extra,
+        )
 
 
 @dataclass
@@ -289,6 +301,15 @@ def publish_file(source: Path, target: Path) -> None:
     """Copy ``source`` onto ``target`` atomically (temporary file beside it, fsync, rename)."""
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def publish_set(
+    ctx: RunContext, step: str, filename: str, kind: SetKind, n_items: int, **meta: Any
+) -> OutputValue:
+    """Publish the set a step wrote as a run output (an atomic copy into the outputs folder)."""
+    target = ctx.output_path(filename)
+    publish_file(ctx.step_dir(step) / filename, target)
+    return OutputValue(kind, ctx.relative(target), n_items, meta)
 
 
 def int_array(values: Sequence[int]) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cryostack.core.datamodel import ItemSet, OpticsGroup, SetKind
+from cryostack.core.datamodel import ItemSet, SetKind
 from cryostack.core.protocol import (
     OutputSpec,
     OutputValue,
@@ -32,7 +32,7 @@ from cryostack.protocols._importing import (
     ImportProblem,
     check_same_image_shape,
     match_files,
-    publish_file,
+    publish_set,
     resolve_pixel_size,
     scan_headers,
     set_path,
@@ -101,14 +101,7 @@ class ImportMicrographs(Protocol):
         findings.raise_problems()
         findings.log_notes(ctx)
         assert pixel is not None
-        group = OpticsGroup(
-            optics_group=1,
-            name=params.optics_group_name,
-            voltage_kV=params.voltage_kV,
-            cs_mm=params.cs_mm,
-            amplitude_contrast=params.amplitude_contrast,
-            pixel_size_A=pixel,
-        )
+        group = params.optics_group(pixel)
         paths = [h.path for h in headers]
         table = pa.table(
             {
@@ -124,8 +117,14 @@ class ImportMicrographs(Protocol):
         return {"n_micrographs": len(paths), "pixel_size_A": pixel}
 
     def finish(self, ctx: RunContext, results: dict[str, dict[str, Any]]) -> dict[str, OutputValue]:
-        target = ctx.output_path(SET_FILE)
-        publish_file(ctx.step_dir(STEP) / SET_FILE, target)
-        n = int(results[STEP]["n_micrographs"])
-        meta = {"pixel_size_A": results[STEP]["pixel_size_A"]}
-        return {"micrographs": OutputValue(SetKind.MICROGRAPHS, ctx.relative(target), n, meta)}
+        result = results[STEP]
+        return {
+            "micrographs": publish_set(
+                ctx,
+                STEP,
+                SET_FILE,
+                SetKind.MICROGRAPHS,
+                int(result["n_micrographs"]),
+                pixel_size_A=result["pixel_size_A"],
+            )
+        }

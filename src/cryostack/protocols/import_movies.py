@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cryostack.core.datamodel import ItemSet, OpticsGroup, SetKind
+from cryostack.core.datamodel import ItemSet, SetKind
 from cryostack.core.protocol import (
     OutputSpec,
     OutputValue,
@@ -32,7 +32,7 @@ from cryostack.protocols._importing import (
     check_gain_reference,
     check_same_image_shape,
     match_files,
-    publish_file,
+    publish_set,
     resolve_pixel_size,
     scan_headers,
     set_path,
@@ -105,13 +105,8 @@ class ImportMovies(Protocol):
         findings.raise_problems()
         findings.log_notes(ctx)
         assert pixel is not None
-        group = OpticsGroup(
-            optics_group=1,
-            name=params.optics_group_name,
-            voltage_kV=params.voltage_kV,
-            cs_mm=params.cs_mm,
-            amplitude_contrast=params.amplitude_contrast,
-            pixel_size_A=pixel,
+        group = params.optics_group(
+            pixel,
             dose_per_frame_e_A2=params.dose_per_frame_e_A2,
             gain_reference_path=(
                 set_path(ctx, params.gain_reference_path) if params.gain_reference_path else None
@@ -134,8 +129,14 @@ class ImportMovies(Protocol):
         return {"n_movies": len(headers), "pixel_size_A": pixel}
 
     def finish(self, ctx: RunContext, results: dict[str, dict[str, Any]]) -> dict[str, OutputValue]:
-        target = ctx.output_path(SET_FILE)
-        publish_file(ctx.step_dir(STEP) / SET_FILE, target)
-        n = int(results[STEP]["n_movies"])
-        meta = {"pixel_size_A": results[STEP]["pixel_size_A"]}
-        return {"movies": OutputValue(SetKind.MOVIES, ctx.relative(target), n, meta)}
+        result = results[STEP]
+        return {
+            "movies": publish_set(
+                ctx,
+                STEP,
+                SET_FILE,
+                SetKind.MOVIES,
+                int(result["n_movies"]),
+                pixel_size_A=result["pixel_size_A"],
+            )
+        }

@@ -40,6 +40,7 @@ from cryostack.protocols._importing import (
     ImageHeader,
     ImportProblem,
     publish_file,
+    publish_set,
     read_header,
     same_pixel_size,
     set_path,
@@ -244,7 +245,5 @@ class ImportParticles(Protocol):
         return {"n_particles": len(item_set), "n_stacks": len(stacks)}
 
     def finish(self, ctx: RunContext, results: dict[str, dict[str, Any]]) -> dict[str, OutputValue]:
-        target = ctx.output_path(SET_FILE)
-        publish_file(ctx.step_dir(STEP) / SET_FILE, target)
         n = int(results[STEP]["n_particles"])
-        return {"particles": OutputValue(SetKind.PARTICLES, ctx.relative(target), n)}
+        return {"particles": publish_set(ctx, STEP, SET_FILE, SetKind.PARTICLES, n)}
